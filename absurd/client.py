@@ -1,0 +1,361 @@
+"""The typed client API: every queue operation, one stored-function call each.
+
+A Client wraps one autocommit connection and one queue. Each method is one round
+trip and one transaction in the database, where the rules live (sql/). Methods that
+act on a claimed task take its run id, and say 'stale' when the run is no longer
+current: its worker was fenced out and nothing was written.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from absurd import validation
+from absurd.database import connect
+from absurd.errors import DatabaseUnavailable, InvalidInput, NotFound
+
+TERMINAL_STATES = ("completed", "failed", "cancelled")
+TASK_STATES = ("waiting", "pending", "running", *TERMINAL_STATES)
+
+#: Defaults for a spawned task (mirrored by the stored function's defaults).
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_BACKOFF_BASE_S = 1.0
+DEFAULT_BACKOFF_MAX_S = 3600.0
+#: Consecutive lease expiries after which a task is quarantined.
+DEFAULT_QUARANTINE_AFTER = 5
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to spawn."""
+
+    task_name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    delay_s: float = 0.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_s: float | None = None
+    idempotency_key: str | None = None
+    depends_on: Sequence[int] = ()
+    backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
+    backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
+
+    def validated(self) -> dict[str, Any]:
+        """The spec as the JSON object spawn_many() takes, after every check."""
+        validation.check_spawn(
+            self.task_name,
+            self.params,
+            priority=self.priority,
+            delay_s=self.delay_s,
+            max_attempts=self.max_attempts,
+            timeout_s=self.timeout_s,
+            backoff_base_s=self.backoff_base_s,
+            backoff_max_s=self.backoff_max_s,
+            idempotency_key=self.idempotency_key,
+        )
+        return {
+            "task_name": self.task_name,
+            "params": self.params,
+            "priority": self.priority,
+            "delay_s": self.delay_s,
+            "max_attempts": self.max_attempts,
+            "timeout_s": self.timeout_s,
+            "idempotency_key": self.idempotency_key,
+            "depends_on": [int(d) for d in self.depends_on],
+            "backoff_base_s": self.backoff_base_s,
+            "backoff_max_s": self.backoff_max_s,
+        }
+
+
+@dataclass(frozen=True)
+class Spawned:
+    task_id: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    run_id: int
+    task_id: int
+    task_name: str
+    params: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    timeout_s: float | None
+    lease_expires_at: datetime
+    dependency_results: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FailOutcome:
+    run_id: int
+    status: str
+    retry_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Recovered:
+    run_id: int
+    task_id: int
+    outcome: str
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queue: str
+    waiting: int
+    pending: int
+    due: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    oldest_due_age_s: float | None
+    last_completed_at: datetime | None
+    completed_last_minute: int
+    failed_last_minute: int
+    live_workers: int
+
+
+def _raise_clear(exc: psycopg.Error) -> None:
+    """Map PostgreSQL errors onto the absurd hierarchy, keeping the server's words."""
+    message = exc.diag.message_primary or str(exc)
+    if isinstance(exc, pg_errors.NoDataFound):
+        raise NotFound(message) from None
+    if isinstance(
+        exc,
+        (
+            pg_errors.InvalidParameterValue,
+            pg_errors.UntranslatableCharacter,
+            pg_errors.InvalidTextRepresentation,
+            pg_errors.NumericValueOutOfRange,
+            pg_errors.CharacterNotInRepertoire,
+        ),
+    ):
+        raise InvalidInput(message) from None
+    if isinstance(exc, psycopg.OperationalError):
+        raise DatabaseUnavailable(f"lost the database: {message}") from None
+    raise exc
+
+
+class Client:
+    """Queue operations for one queue over one connection."""
+
+    def __init__(self, conn: psycopg.Connection, queue: str) -> None:
+        self.conn = conn
+        self.queue = validation.check_queue_name(queue)
+
+    @classmethod
+    def connect(cls, dsn: str, queue: str, application_name: str = "absurd") -> Client:
+        return cls(connect(dsn, application_name=application_name), queue)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            _raise_clear(exc)
+            raise  # unreachable: _raise_clear always raises
+
+    def _dict_rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        try:
+            with self.conn.cursor(row_factory=dict_row) as cur:
+                return cur.execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            _raise_clear(exc)
+            raise
+
+    # -- spawn ---------------------------------------------------------------------
+
+    def spawn(self, task_name: str, params: dict[str, Any] | None = None,
+              **options: Any) -> Spawned:
+        """Spawn one task. Options are the fields of TaskSpec."""
+        return self.spawn_many([TaskSpec(task_name, params or {}, **options)])[0]
+
+    def spawn_many(self, specs: Iterable[TaskSpec]) -> list[Spawned]:
+        """Spawn many tasks in one round trip; all are written or none is."""
+        batch = [spec.validated() for spec in specs]
+        if not batch:
+            return []
+        if len(batch) > validation.MAX_BATCH:
+            raise InvalidInput(
+                f"invalid batch: {len(batch)} tasks is over the limit of "
+                f"{validation.MAX_BATCH} per call; split it"
+            )
+        rows = self._rows(
+            "SELECT task_id, created FROM absurd.spawn_many(%s, %s::jsonb)",
+            (self.queue, json.dumps(batch, separators=(",", ":"))),
+        )
+        return [Spawned(task_id, created) for task_id, created in rows]
+
+    # -- claims and runs -------------------------------------------------------------
+
+    def claim(
+        self,
+        worker_id: uuid.UUID,
+        limit: int,
+        lease_s: float,
+        task_names: Sequence[str] | None = None,
+    ) -> list[ClaimedTask]:
+        rows = self._rows(
+            "SELECT * FROM absurd.claim(%s, %s, %s, %s, %s)",
+            (self.queue, worker_id, list(task_names) if task_names else None, limit,
+             lease_s),
+        )
+        return [ClaimedTask(*row) for row in rows]
+
+    def heartbeat(
+        self, worker_id: uuid.UUID, run_ids: Sequence[int], lease_s: float
+    ) -> dict[int, str]:
+        """Renew leases; map each run id to 'ok', 'cancelled' or 'lost'."""
+        rows = self._rows(
+            "SELECT run_id, status FROM absurd.heartbeat(%s, %s, %s)",
+            (worker_id, list(run_ids), lease_s),
+        )
+        return dict(rows)
+
+    def set_progress(self, run_id: int, message: str) -> bool:
+        message = message.replace("\x00", "")
+        return bool(self._rows("SELECT absurd.set_progress(%s, %s)",
+                               (run_id, message))[0][0])
+
+    def complete(self, run_id: int, result: Any = None) -> str:
+        return self.complete_many([(run_id, result)])[0]
+
+    def complete_many(self, outcomes: Sequence[tuple[int, Any]]) -> list[str]:
+        """Complete runs with their results; one status per run, in order."""
+        if not outcomes:
+            return []
+        results = [validation.encode_json(result, "result") for _, result in outcomes]
+        rows = self._rows(
+            "SELECT status FROM absurd.complete_many(%s, %s::text[]::jsonb[])",
+            ([run_id for run_id, _ in outcomes], results),
+        )
+        return [status for (status,) in rows]
+
+    def fail(self, run_id: int, error: dict[str, Any], retryable: bool = True
+             ) -> FailOutcome:
+        return self.fail_many([(run_id, error, retryable)])[0]
+
+    def fail_many(
+        self, failures: Sequence[tuple[int, dict[str, Any], bool]]
+    ) -> list[FailOutcome]:
+        if not failures:
+            return []
+        errors = [validation.encode_json(error, "error") for _, error, _ in failures]
+        rows = self._rows(
+            "SELECT run_id, status, retry_at "
+            "FROM absurd.fail_many(%s, %s::text[]::jsonb[], %s)",
+            ([f[0] for f in failures], errors, [f[2] for f in failures]),
+        )
+        return [FailOutcome(*row) for row in rows]
+
+    def release(self, run_ids: Sequence[int]) -> list[str]:
+        """Give claimed tasks back unchanged: pending at once, no attempt charged."""
+        if not run_ids:
+            return []
+        rows = self._rows("SELECT status FROM absurd.release_many(%s)", (list(run_ids),))
+        return [status for (status,) in rows]
+
+    def recover_expired(
+        self, quarantine_after: int = DEFAULT_QUARANTINE_AFTER, all_queues: bool = False
+    ) -> list[Recovered]:
+        rows = self._rows(
+            "SELECT * FROM absurd.recover_expired(%s, %s)",
+            (None if all_queues else self.queue, quarantine_after),
+        )
+        return [Recovered(*row) for row in rows]
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the earliest pending task is due; None when none is pending."""
+        return self._rows("SELECT absurd.next_due_in(%s)", (self.queue,))[0][0]
+
+    # -- workers ---------------------------------------------------------------------
+
+    def register_worker(
+        self,
+        worker_id: uuid.UUID,
+        *,
+        hostname: str,
+        pid: int,
+        instance: str | None,
+        concurrency: int,
+        task_names: Sequence[str],
+    ) -> None:
+        self._rows(
+            "SELECT absurd.register_worker(%s, %s, %s, %s, %s, %s, %s)",
+            (worker_id, self.queue, hostname, pid, instance, concurrency,
+             list(task_names)),
+        )
+
+    def deregister_worker(self, worker_id: uuid.UUID) -> None:
+        self._rows("SELECT absurd.deregister_worker(%s)", (worker_id,))
+
+    # -- operators -------------------------------------------------------------------
+
+    def cancel(self, task_id: int) -> str:
+        """Cancel a task; return the state it was in."""
+        return self._rows("SELECT absurd.cancel(%s)", (task_id,))[0][0]
+
+    def retry(self, task_id: int) -> str:
+        """Retry a failed or cancelled task; return the state it was in."""
+        return self._rows("SELECT absurd.retry(%s)", (task_id,))[0][0]
+
+    def stats(self) -> QueueStats:
+        row = self._rows("SELECT * FROM absurd.queue_stats(%s)", (self.queue,))[0]
+        return QueueStats(*row)
+
+    def list_tasks(
+        self,
+        state: str | None = None,
+        task_name: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """The newest tasks of the queue, optionally of one state and task name."""
+        if state is not None and state not in TASK_STATES:
+            raise InvalidInput(
+                f"invalid state {state!r}: use one of {', '.join(TASK_STATES)}"
+            )
+        validation.check_number("limit", limit, 1, 100_000)
+        return self._dict_rows(
+            "SELECT task_id, task_name, state, priority, attempts, max_attempts, "
+            "created_at, available_at, finished_at, progress "
+            "FROM absurd.tasks WHERE queue = %s "
+            "AND (%s::text IS NULL OR state = %s) "
+            "AND (%s::text IS NULL OR task_name = %s) "
+            "ORDER BY task_id DESC LIMIT %s",
+            (self.queue, state, state, task_name, task_name, limit),
+        )
+
+    def show(self, task_id: int) -> dict[str, Any]:
+        """One task, whatever its queue, with every run; raises NotFound."""
+        tasks = self._dict_rows(
+            "SELECT * FROM absurd.tasks WHERE task_id = %s", (task_id,)
+        )
+        if not tasks:
+            raise NotFound(f"task {task_id} does not exist")
+        task = tasks[0]
+        task["retry_count"] = max(0, task["attempts"] - 1)
+        task["runs"] = self._dict_rows(
+            "SELECT run_id, attempt, worker_id, state, claimed_at, lease_expires_at, "
+            "finished_at, error FROM absurd.runs WHERE task_id = %s ORDER BY run_id",
+            (task_id,),
+        )
+        return task

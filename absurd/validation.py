@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from absurd.errors import InvalidInput
@@ -22,6 +23,8 @@ MAX_DELAY_S = 31_536_000.0
 MAX_BACKOFF_S = 604_800.0
 MAX_PRIORITY = 1000
 MAX_BATCH = 100_000
+DEFAULT_BACKOFF_BASE_S = 1.0
+DEFAULT_BACKOFF_MAX_S = 3600.0
 
 QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,55}")
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -45,7 +48,13 @@ def check_task_name(task_name: str) -> str:
     return task_name
 
 
+# A JSON-escaped NUL (\u0000) that is not itself an escaped backslash followed by
+# "u0000": an odd number of backslashes before the "u".
+ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _find_nul(value: Any, path: str) -> str | None:
+    """Where in value a NUL character sits, for the error message."""
     if isinstance(value, str):
         return path if "\x00" in value else None
     if isinstance(value, dict):
@@ -65,12 +74,6 @@ def _find_nul(value: Any, path: str) -> str | None:
 
 def encode_json(value: Any, what: str, max_bytes: int = MAX_PARAMS_BYTES) -> str:
     """Encode value as JSON text for PostgreSQL, refusing what jsonb cannot hold."""
-    nul_at = _find_nul(value, what)
-    if nul_at:
-        raise InvalidInput(
-            f"invalid {what}: NUL character (\\u0000) at {nul_at}; PostgreSQL cannot "
-            "store it in JSON"
-        )
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except ValueError as exc:
@@ -79,10 +82,15 @@ def encode_json(value: Any, what: str, max_bytes: int = MAX_PARAMS_BYTES) -> str
         ) from None
     except TypeError as exc:
         raise InvalidInput(f"invalid {what}: not JSON-serialisable ({exc})") from None
-    size = len(text.encode())
-    if size > max_bytes:
+    if ESCAPED_NUL.search(text):
         raise InvalidInput(
-            f"invalid {what}: {size} bytes is over the limit of {max_bytes} bytes"
+            f"invalid {what}: NUL character (\\u0000) at {_find_nul(value, what)}; "
+            "PostgreSQL cannot store it in JSON"
+        )
+    # json.dumps escapes every non-ASCII character, so characters are bytes here.
+    if len(text) > max_bytes:
+        raise InvalidInput(
+            f"invalid {what}: {len(text)} bytes is over the limit of {max_bytes} bytes"
         )
     return text
 
@@ -110,36 +118,39 @@ def check_number(
         )
 
 
-def check_spawn(
-    task_name: str,
-    params: Any,
-    *,
-    priority: int,
-    delay_s: float,
-    max_attempts: int,
-    timeout_s: float | None,
-    backoff_base_s: float,
-    backoff_max_s: float,
-    idempotency_key: str | None,
-) -> str:
-    """Validate one task's spawn arguments; return its params as JSON text."""
-    check_task_name(task_name)
-    text = check_params(params)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise InvalidInput(f"invalid priority: expected an integer, got {priority!r}")
-    check_number("priority", priority, -MAX_PRIORITY, MAX_PRIORITY)
-    check_number("delay_s", delay_s, 0, MAX_DELAY_S)
-    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool):
-        raise InvalidInput(
-            f"invalid max_attempts: expected an integer, got {max_attempts!r}"
-        )
-    check_number("max_attempts", max_attempts, 1, MAX_ATTEMPTS)
-    if timeout_s is not None:
-        check_number("timeout_s", timeout_s, 0, MAX_TIMEOUT_S, low_open=True)
-    check_number("backoff_base_s", backoff_base_s, 0, MAX_BACKOFF_S, low_open=True)
-    check_number("backoff_max_s", backoff_max_s, backoff_base_s, MAX_BACKOFF_S)
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
-        raise InvalidInput("invalid idempotency_key: use 1 to 200 characters")
-    if idempotency_key is not None and "\x00" in idempotency_key:
+def check_integer(field: str, value: Any, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"invalid {field}: expected an integer, got {value!r}")
+    check_number(field, value, low, high)
+
+
+def check_idempotency_key(key: Any) -> None:
+    if not isinstance(key, str) or not 1 <= len(key) <= 200:
+        raise InvalidInput("invalid idempotency_key: use a text of 1 to 200 characters")
+    if "\x00" in key:
         raise InvalidInput("invalid idempotency_key: NUL character")
-    return text
+
+
+OPTION_CHECKS: dict[str, Callable[[Any], object]] = {
+    "priority": lambda v: check_integer("priority", v, -MAX_PRIORITY, MAX_PRIORITY),
+    "delay_s": lambda v: check_number("delay_s", v, 0, MAX_DELAY_S),
+    "max_attempts": lambda v: check_integer("max_attempts", v, 1, MAX_ATTEMPTS),
+    "timeout_s": lambda v: v is None
+    or check_number("timeout_s", v, 0, MAX_TIMEOUT_S, low_open=True),
+    "idempotency_key": lambda v: v is None or check_idempotency_key(v),
+    "backoff_base_s": lambda v: check_number(
+        "backoff_base_s", v, 0, MAX_BACKOFF_S, low_open=True
+    ),
+}
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Check spawn options given by name; options left out take valid defaults."""
+    for name, value in options.items():
+        check = OPTION_CHECKS.get(name)
+        if check is not None:
+            check(value)
+    if "backoff_base_s" in options or "backoff_max_s" in options:
+        base = options.get("backoff_base_s", DEFAULT_BACKOFF_BASE_S)
+        cap = options.get("backoff_max_s", DEFAULT_BACKOFF_MAX_S)
+        check_number("backoff_max_s", cap, base, MAX_BACKOFF_S)

@@ -165,7 +165,7 @@ def read_task_file(path: Path) -> list[TaskSpec]:
             )
         try:
             specs.append(TaskSpec(**item))
-            specs[-1].validated()
+            specs[-1].encoded()
         except (TypeError, InvalidInput) as exc:
             raise InvalidInput(f"{path}:{number}: {exc}") from None
     if not specs:

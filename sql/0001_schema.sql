@@ -92,8 +92,10 @@ CREATE INDEX tasks_waiting_idx ON absurd.tasks USING gin (depends_on)
     WHERE state = 'waiting';
 CREATE UNIQUE INDEX tasks_idempotency_idx ON absurd.tasks (queue, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
--- Listing by state, recent completions and archival by age.
-CREATE INDEX tasks_queue_state_idx ON absurd.tasks (queue, state, finished_at);
+-- Recent completions and failures, and archival by age. Partial, so that a spawn
+-- does not pay for it.
+CREATE INDEX tasks_finished_idx ON absurd.tasks (queue, state, finished_at)
+    WHERE finished_at IS NOT NULL;
 
 CREATE TABLE absurd.runs (
     run_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -985,7 +987,8 @@ AS $$
          FROM absurd.tasks t
          WHERE t.queue = p_queue AND t.state = 'pending' AND t.available_at <= now()),
         (SELECT max(t.finished_at) FROM absurd.tasks t
-         WHERE t.queue = p_queue AND t.state = 'completed'),
+         WHERE t.queue = p_queue AND t.state = 'completed'
+           AND t.finished_at IS NOT NULL),
         (SELECT count(*) FROM absurd.tasks t
          WHERE t.queue = p_queue AND t.state = 'completed'
            AND t.finished_at > now() - interval '1 minute'),

@@ -75,3 +75,14 @@ def empty_dsn(pg_cluster: PgCluster) -> str:
 def client(dsn: str) -> Iterator[Client]:
     with Client.connect(dsn, "test-queue") as result:
         yield result
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from pgcluster import default_bindir
+
+    import subprocess
+
+    bindir = default_bindir()
+    version = subprocess.run([str(bindir / "postgres"), "--version"],
+                             capture_output=True, text=True).stdout.strip()
+    return f"test server: {version} ({bindir})"

@@ -217,10 +217,11 @@ class Client:
         lease_s: float,
         task_names: Sequence[str] | None = None,
     ) -> list[ClaimedTask]:
+        """Claim up to limit due tasks; task_names None means every name."""
         rows = self._rows(
             "SELECT * FROM absurd.claim(%s, %s, %s, %s, %s)",
-            (self.queue, worker_id, list(task_names) if task_names else None, limit,
-             lease_s),
+            (self.queue, worker_id, None if task_names is None else list(task_names),
+             limit, lease_s),
         )
         return [ClaimedTask(*row) for row in rows]
 
@@ -286,9 +287,15 @@ class Client:
         )
         return [Recovered(*row) for row in rows]
 
-    def next_due_in(self) -> float | None:
-        """Seconds until the earliest pending task is due; None when none is pending."""
-        return self._rows("SELECT absurd.next_due_in(%s)", (self.queue,))[0][0]
+    def next_due_in(self, task_names: Sequence[str] | None = None) -> float | None:
+        """Seconds until the earliest pending task (of these names) is due.
+
+        None when none is pending.
+        """
+        return self._rows(
+            "SELECT absurd.next_due_in(%s, %s)",
+            (self.queue, None if task_names is None else list(task_names)),
+        )[0][0]
 
     # -- workers ---------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Configuration shared by every script: one file, environment variables, flags.
 
-Each setting has one name used everywhere: ``dsn`` in /etc/absurd/absurd.conf,
-``ABSURD_DSN`` in the environment, ``--dsn`` on the command line. Later sources win:
+Each setting has one name used everywhere: ``state-dir`` (or ``state_dir``) in
+/etc/absurd/absurd.conf, ``ABSURD_STATE_DIR`` in the environment, ``--state-dir`` on
+the command line. Later sources win:
 the file, then the environment, then flags. A script adds its own settings to the
 parser this module builds; keys that a script does not know are ignored in the file,
 so that one absurd.conf serves every script.
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import configargparse
 
@@ -35,6 +37,19 @@ def default_state_dir() -> Path:
     return Path(xdg) / "absurd"
 
 
+class ConfigFile(configargparse.DefaultConfigFileParser):
+    """``key = value`` lines, where a key may be spelt with ``_`` or ``-``.
+
+    The environment spells settings with underscores (ABSURD_STATE_DIR), flags with
+    dashes (--state-dir); the file takes either, so that neither spelling is silently
+    ignored.
+    """
+
+    def parse(self, stream: Iterable[str]) -> dict[str, Any]:
+        items = super().parse(stream)
+        return {key.replace("_", "-"): value for key, value in items.items()}
+
+
 def parser(description: str, config_files: Sequence[str] = ()) -> configargparse.ArgParser:
     """A parser with the settings every script shares."""
     result = configargparse.ArgParser(
@@ -44,6 +59,7 @@ def parser(description: str, config_files: Sequence[str] = ()) -> configargparse
         config_arg_help_message="extra config file, read after " + DEFAULT_CONFIG_FILE,
         auto_env_var_prefix=ENV_PREFIX,
         ignore_unknown_config_file_keys=True,
+        config_file_parser_class=ConfigFile,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     result.add_argument(

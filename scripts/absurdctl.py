@@ -25,9 +25,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from absurd import config, embedded, journal, schema
+from absurd import config, embedded, journal, registry, schema
 from absurd.client import TASK_STATES, Client, TaskSpec
 from absurd.database import connect, redact, resolve_dsn
+from absurd.registry import TaskPolicy
 from absurd.errors import (
     AbsurdError,
     ConfigError,
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.epilog = "exit codes: " + "; ".join(
         f"{code} {meaning}" for code, meaning in EXIT_CODES.items()
     )
+    parser.add_argument(
+        "--tasks-config", type=Path,
+        help="task registry whose names and per-task defaults spawn uses; unset: "
+        "/etc/absurd/tasks.conf, or the built-in DSA-110 routing without it",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("migrate", help="apply the schema migrations the database lacks")
@@ -91,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--file", type=Path,
         help="JSON lines, one task object per line (keys: task_name, params, priority, delay_s, max_attempts, timeout_s, "
         "idempotency_key, depends_on, backoff_base_s, backoff_max_s); one round trip",
+    )
+    spawn.add_argument(
+        "--unregistered", action="store_true",
+        help="spawn a task name that the task registry has no handler for",
     )
     spawn.add_argument("--json", action="store_true", help="print JSON")
 
@@ -140,7 +150,7 @@ def parse_params(text: str) -> dict[str, Any]:
     return params
 
 
-def read_task_file(path: Path) -> list[TaskSpec]:
+def read_task_file(path: Path, defaults: dict[str, TaskPolicy]) -> list[TaskSpec]:
     """Every task of a JSON-lines file, or InvalidInput naming the first bad line."""
     known = set(TaskSpec.__dataclass_fields__)
     specs = []
@@ -163,8 +173,10 @@ def read_task_file(path: Path) -> list[TaskSpec]:
                 f"{path}:{number}: unknown keys {sorted(unknown)}; known: "
                 f"{sorted(known)}"
             )
+        policy = defaults.get(item["task_name"])
+        options = {**(policy.spawn_options() if policy else {}), **item}
         try:
-            specs.append(TaskSpec(**item))
+            specs.append(TaskSpec(**options))
             specs[-1].encoded()
         except (TypeError, InvalidInput) as exc:
             raise InvalidInput(f"{path}:{number}: {exc}") from None
@@ -173,13 +185,26 @@ def read_task_file(path: Path) -> list[TaskSpec]:
     return specs
 
 
+def check_registered(specs: list[TaskSpec], policies: dict[str, TaskPolicy]) -> None:
+    """Refuse task names no worker would claim: the registry has no handler for them."""
+    for spec in specs:
+        if spec.task_name not in policies:
+            raise InvalidInput(
+                f"unknown task name {spec.task_name!r}: the task registry has no "
+                f"handler for it (known: {', '.join(sorted(policies))}); add it to "
+                "tasks.conf, or pass --unregistered to spawn it anyway"
+            )
+
+
 def command_spawn(client: Client, args: argparse.Namespace) -> int:
     if args.file and args.task_name:
         raise InvalidInput("give either a task name or --file, not both")
+    policies = registry.load_policies(args.tasks_config)
     if args.file:
-        specs = read_task_file(args.file)
+        specs = read_task_file(args.file, policies)
     elif args.task_name:
-        options: dict[str, Any] = {}
+        policy = policies.get(args.task_name)
+        options: dict[str, Any] = policy.spawn_options() if policy else {}
         if args.max_attempts is not None:
             options["max_attempts"] = args.max_attempts
         if args.timeout is not None:
@@ -191,8 +216,11 @@ def command_spawn(client: Client, args: argparse.Namespace) -> int:
                 depends_on=args.depends_on, **options,
             )
         ]
+        specs[0].encoded()
     else:
         raise InvalidInput("give a task name, or --file with JSON lines")
+    if not args.unregistered:
+        check_registered(specs, policies)
 
     spawned = client.spawn_many(specs)
     if args.json:

@@ -1001,12 +1001,15 @@ AS $$
 $$;
 
 -- Seconds until the earliest pending task of the queue is due (0 when one is due
--- now, NULL when none is pending): an idle worker sleeps until then at the most.
-CREATE FUNCTION absurd.next_due_in(p_queue text) RETURNS double precision
+-- now, NULL when none is pending), among the task names given (NULL: all names): an
+-- idle worker sleeps until then at the most.
+CREATE FUNCTION absurd.next_due_in(p_queue text, p_task_names text[] DEFAULT NULL)
+RETURNS double precision
 LANGUAGE sql STABLE
 SET search_path = absurd, pg_catalog
 AS $$
     SELECT greatest(0, extract(epoch FROM min(t.available_at) - now()))::double precision
     FROM absurd.tasks t
     WHERE t.queue = p_queue AND t.state = 'pending'
+      AND (p_task_names IS NULL OR t.task_name = ANY (p_task_names))
 $$;

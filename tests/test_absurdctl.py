@@ -135,3 +135,25 @@ def test_embedded_default_starts_once_and_is_reused(tmp_path):
         assert json.loads(second.stdout)["pending"] == 1
     finally:
         ctl("", "embedded", "stop", env=env)
+
+
+def test_unknown_task_name_is_refused_unless_asked_for(dsn):
+    refused = ctl(dsn, "spawn", "imagng")
+    forced = ctl(dsn, "spawn", "imagng", "--unregistered")
+
+    assert refused.returncode == 4
+    assert "unknown task name 'imagng'" in refused.stderr
+    assert "imaging" in refused.stderr
+    assert forced.returncode == 0, forced.stderr
+
+
+def test_spawn_takes_its_defaults_from_the_task_registry(dsn, tmp_path):
+    tasks = tmp_path / "tasks.conf"
+    tasks.write_text("[solve]\nhandler = m:f\nmax_attempts = 9\ntimeout = 77\n"
+                     "backoff_base = 3\nbackoff_max = 30\n")
+
+    task_id = ctl(dsn, "--tasks-config", str(tasks), "spawn", "solve").stdout.strip()
+    shown = json.loads(ctl(dsn, "show", task_id, "--json").stdout)
+
+    assert (shown["max_attempts"], shown["timeout_s"]) == (9, 77)
+    assert (shown["backoff_base_s"], shown["backoff_max_s"]) == (3, 30)

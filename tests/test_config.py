@@ -58,3 +58,11 @@ def test_state_dir_follows_systemd_then_xdg(monkeypatch, tmp_path):
     monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert config.default_state_dir() == tmp_path / "xdg" / "absurd"
+
+
+def test_file_keys_take_underscores_or_dashes(tmp_path):
+    parser = build(tmp_path, "state_dir = /srv/a\nlog-level = debug\n")
+
+    args = parser.parse_args([])
+
+    assert (args.state_dir, args.log_level) == (Path("/srv/a"), "DEBUG")

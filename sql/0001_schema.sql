@@ -419,6 +419,11 @@ CREATE FUNCTION absurd.claim(
 )
 LANGUAGE plpgsql
 SET search_path = absurd, pg_catalog
+-- Walk tasks_claim_idx in claim order and stop at the limit. Right after a surge of
+-- spawns, before autovacuum has analyzed the table, the planner otherwise picks
+-- tasks_due_idx and sorts the whole backlog on every claim (measured: 14,000 rows
+-- and 6.8 ms per claim of 4, against 0.26 ms).
+SET enable_sort = off
 AS $$
 BEGIN
     PERFORM absurd.check_range('claim limit', p_limit, 1, absurd.limit_of('max_batch'));

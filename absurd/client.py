@@ -124,8 +124,6 @@ class QueueStats:
     cancelled: int
     oldest_due_age_s: float | None
     last_completed_at: datetime | None
-    completed_last_minute: int
-    failed_last_minute: int
     live_workers: int
 
 

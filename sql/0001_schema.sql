@@ -88,6 +88,8 @@ CREATE INDEX tasks_claim_idx ON absurd.tasks (queue, priority DESC, available_at
 -- Oldest pending age and the next wake-up, without walking the claim order.
 CREATE INDEX tasks_due_idx ON absurd.tasks (queue, available_at) WHERE state = 'pending';
 CREATE INDEX tasks_running_idx ON absurd.tasks (queue) WHERE state = 'running';
+CREATE INDEX tasks_waiting_queue_idx ON absurd.tasks (queue) WHERE state = 'waiting';
+-- The dependents of a task that just ended.
 CREATE INDEX tasks_waiting_idx ON absurd.tasks USING gin (depends_on)
     WHERE state = 'waiting';
 CREATE UNIQUE INDEX tasks_idempotency_idx ON absurd.tasks (queue, idempotency_key)
@@ -960,14 +962,14 @@ $$;
 -- ---------------------------------------------------------------------------------
 
 -- Counts by state and the ages operators watch, for one queue. Active states are
--- counted live; terminal states come from the counters, so the cost does not grow
--- with history.
+-- counted live; terminal states come from the counters, so the cost grows neither
+-- with history nor with throughput. Rates come from two readings of the counters.
 CREATE FUNCTION absurd.queue_stats(p_queue text)
 RETURNS TABLE (
     queue text, waiting bigint, pending bigint, due bigint, running bigint,
     completed bigint, failed bigint, cancelled bigint,
     oldest_due_age_s double precision, last_completed_at timestamptz,
-    completed_last_minute bigint, failed_last_minute bigint, live_workers bigint
+    live_workers bigint
 )
 LANGUAGE sql STABLE
 SET search_path = absurd, pg_catalog
@@ -994,12 +996,6 @@ AS $$
         (SELECT max(t.finished_at) FROM absurd.tasks t
          WHERE t.queue = p_queue AND t.state = 'completed'
            AND t.finished_at IS NOT NULL),
-        (SELECT count(*) FROM absurd.tasks t
-         WHERE t.queue = p_queue AND t.state = 'completed'
-           AND t.finished_at > now() - interval '1 minute'),
-        (SELECT count(*) FROM absurd.tasks t
-         WHERE t.queue = p_queue AND t.state = 'failed'
-           AND t.finished_at > now() - interval '1 minute'),
         (SELECT count(*) FROM absurd.workers w
          WHERE w.queue = p_queue AND w.stopped_at IS NULL
            AND w.last_seen_at > now() - interval '2 minutes')

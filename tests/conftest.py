@@ -19,13 +19,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgcluster import PgCluster  # noqa: E402
+from pgcluster import SCHEMA_TEMPLATE, PgCluster  # noqa: E402
 
 from absurd import schema  # noqa: E402
 from absurd.client import Client  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = "absurd_template"
 _names = itertools.count()
 
 
@@ -39,7 +38,7 @@ def _start_cluster() -> PgCluster:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     cluster = _start_cluster()
-    template_dsn = cluster.create_database(TEMPLATE)
+    template_dsn = cluster.create_database(SCHEMA_TEMPLATE)
     with psycopg.connect(template_dsn, autocommit=True) as conn:
         schema.migrate(conn)
     try:
@@ -62,7 +61,7 @@ def own_cluster() -> Iterator[PgCluster]:
 def dsn(pg_cluster: PgCluster) -> str:
     """A fresh database with the absurd schema applied."""
     name = f"t{os.getpid()}_{next(_names)}"
-    return pg_cluster.create_database(name, template=TEMPLATE)
+    return pg_cluster.create_database(name, template=SCHEMA_TEMPLATE)
 
 
 @pytest.fixture

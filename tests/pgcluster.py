@@ -22,6 +22,8 @@ from pathlib import Path
 import psycopg
 
 TEST_USER = "absurd-pgtest"
+#: The database that holds the absurd schema, copied for each test.
+SCHEMA_TEMPLATE = "absurd_template"
 
 
 def default_bindir() -> Path:

@@ -16,8 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import TEMPLATE
-from pgcluster import PgCluster
+from pgcluster import SCHEMA_TEMPLATE, PgCluster
 
 from absurd.client import Client
 
@@ -66,7 +65,7 @@ def queue_rows(dsn: str, queue: str) -> int:
 @pytest.fixture(scope="module")
 def shared_dsn(pg_cluster: PgCluster) -> str:
     """One database for the tests that read the same benchmark run."""
-    return pg_cluster.create_database("benchmark_shared", template=TEMPLATE)
+    return pg_cluster.create_database("benchmark_shared", template=SCHEMA_TEMPLATE)
 
 
 @pytest.fixture(scope="module")

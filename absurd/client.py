@@ -67,7 +67,8 @@ class TaskSpec:
         fields = [f'"task_name":"{self.task_name}"', f'"params":{params}']
         fields.extend(f'"{name}":{json.dumps(value)}' for name, value in options.items())
         if self.depends_on:
-            fields.append(f'"depends_on":{json.dumps([int(d) for d in self.depends_on])}')
+            depends_on = validation.check_depends_on(self.depends_on)
+            fields.append(f'"depends_on":{json.dumps(depends_on)}')
         return "{" + ",".join(fields) + "}"
 
 
@@ -96,6 +97,26 @@ class ClaimedTask:
     timeout_s: float | None
     lease_expires_at: datetime
     dependency_results: dict[str, Any]
+    #: Why the task's input could not be read (another client stored JSON that
+    #: Python cannot decode); the worker fails such a task instead of running it.
+    problem: str | None = None
+
+
+def _claimed(row: tuple) -> ClaimedTask:
+    """A claimed task from its row, whose params and results arrive as JSON text.
+
+    Decoding here, one task at a time, keeps one unreadable task from hiding the
+    others claimed with it.
+    """
+    run_id, task_id, task_name, params, attempt, max_attempts, timeout_s, lease, deps = row
+    try:
+        decoded_params, decoded_deps = json.loads(params), json.loads(deps)
+        problem = None
+    except (ValueError, RecursionError) as exc:
+        decoded_params, decoded_deps = {}, {}
+        problem = f"the task's params or dependency results cannot be decoded: {exc}"
+    return ClaimedTask(run_id, task_id, task_name, decoded_params, attempt,
+                       max_attempts, timeout_s, lease, decoded_deps, problem)
 
 
 @dataclass(frozen=True)
@@ -146,6 +167,17 @@ def _raise_clear(exc: psycopg.Error) -> None:
     if isinstance(exc, psycopg.OperationalError):
         raise DatabaseUnavailable(f"lost the database: {message}") from None
     raise exc
+
+
+def _decoded_or_text(text: str | None) -> Any:
+    """JSON text decoded; left as text when Python cannot decode it (another client
+    may store numbers of more than 4300 digits or deeper nesting than Python reads)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
 
 
 class Client:
@@ -217,11 +249,13 @@ class Client:
     ) -> list[ClaimedTask]:
         """Claim up to limit due tasks; task_names None means every name."""
         rows = self._rows(
-            "SELECT * FROM absurd.claim(%s, %s, %s, %s, %s)",
+            "SELECT run_id, task_id, task_name, params::text, attempt, max_attempts, "
+            "timeout_s, lease_expires_at, dependency_results::text "
+            "FROM absurd.claim(%s, %s, %s, %s, %s)",
             (self.queue, worker_id, None if task_names is None else list(task_names),
              limit, lease_s),
         )
-        return [ClaimedTask(*row) for row in rows]
+        return [_claimed(row) for row in rows]
 
     def heartbeat(
         self, worker_id: uuid.UUID, run_ids: Sequence[int], lease_s: float
@@ -306,11 +340,12 @@ class Client:
         instance: str | None,
         concurrency: int,
         task_names: Sequence[str],
+        lease_s: float = 30.0,
     ) -> None:
         self._rows(
-            "SELECT absurd.register_worker(%s, %s, %s, %s, %s, %s, %s)",
+            "SELECT absurd.register_worker(%s, %s, %s, %s, %s, %s, %s, %s)",
             (worker_id, self.queue, hostname, pid, instance, concurrency,
-             list(task_names)),
+             list(task_names), lease_s),
         )
 
     def deregister_worker(self, worker_id: uuid.UUID) -> None:
@@ -355,15 +390,26 @@ class Client:
     def show(self, task_id: int) -> dict[str, Any]:
         """One task, whatever its queue, with every run; raises NotFound."""
         tasks = self._dict_rows(
-            "SELECT * FROM absurd.tasks WHERE task_id = %s", (task_id,)
+            "SELECT task_id, queue, task_name, params::text, priority, state, "
+            "available_at, max_attempts, attempts, backoff_base_s, backoff_max_s, "
+            "timeout_s, idempotency_key, depends_on, current_run_id, expired_in_row, "
+            "result::text, error::text, progress, created_at, updated_at, finished_at "
+            "FROM absurd.tasks WHERE task_id = %s",
+            (task_id,),
         )
         if not tasks:
             raise NotFound(f"task {task_id} does not exist")
         task = tasks[0]
-        task["retry_count"] = max(0, task["attempts"] - 1)
+        for column in ("params", "result", "error"):
+            task[column] = _decoded_or_text(task[column])
         task["runs"] = self._dict_rows(
             "SELECT run_id, attempt, worker_id, state, claimed_at, lease_expires_at, "
             "finished_at, error FROM absurd.runs WHERE task_id = %s ORDER BY run_id",
             (task_id,),
+        )
+        # Attempts that ended in a failure or an expired lease, across explicit
+        # retries too: each was followed, or may be, by another attempt.
+        task["retry_count"] = sum(
+            run["state"] in ("failed", "expired") for run in task["runs"]
         )
         return task

@@ -42,8 +42,12 @@ def check_dsn(dsn: str) -> str:
     """Refuse a DSN that libpq cannot parse, naming the problem."""
     try:
         conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid dsn: {exc}; use a libpq connection string") from None
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the DSN, which may hold a password: not repeated.
+        raise ConfigError(
+            "invalid dsn: libpq cannot parse it; use key=value pairs or a "
+            "postgresql:// URL, and quote values with spaces (password='a b')"
+        ) from None
     return dsn
 
 
@@ -59,7 +63,8 @@ def connect(
             connect_timeout=CONNECT_TIMEOUT_S,
         )
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = " ".join(lines) or repr(exc)
         raise DatabaseUnavailable(
             f"cannot connect to {redact(dsn)}: {reason}; check that PostgreSQL runs "
             "and that the dsn is right"

@@ -66,8 +66,8 @@ class Listener:
             delay = self.schedule.failed()
             loud = self.schedule.worth_reporting()
             log.log(logging.WARNING if loud else logging.DEBUG,
-                    "listener cannot connect, retrying in %.1fs queue=%s: %s", delay,
-                    self.queue, exc)
+                    "listener cannot connect (%s), retrying in %.1fs queue=%s", exc,
+                    delay, self.queue)
             return False
         if self.schedule.down_since is not None:
             log.info("listener reconnected queue=%s", self.queue)
@@ -94,8 +94,8 @@ class Listener:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         delay = self.schedule.failed()
         self.schedule.worth_reporting()
-        log.warning("listener lost its connection, reconnecting in %.1fs queue=%s: %s",
-                    delay, self.queue, reason)
+        log.warning("listener lost its connection (%s), reconnecting in %.1fs "
+                    "queue=%s", reason, delay, self.queue)
         self.close()
 
     def close(self) -> None:

@@ -268,6 +268,8 @@ def load_policies(path: Path | str | None = None) -> dict[str, TaskPolicy]:
         raise ConfigError(
             f"cannot read the tasks config {path}: {exc.strerror}; check --tasks-config"
         ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the tasks config {path} is not UTF-8 text") from None
     return parse_policies(text, str(path))
 
 

@@ -23,6 +23,8 @@ MAX_DELAY_S = 31_536_000.0
 MAX_BACKOFF_S = 604_800.0
 MAX_PRIORITY = 1000
 MAX_BATCH = 100_000
+MAX_LEASE_S = 86_400.0
+MAX_TASK_ID = 2**63 - 1
 DEFAULT_BACKOFF_BASE_S = 1.0
 DEFAULT_BACKOFF_MAX_S = 3600.0
 
@@ -73,26 +75,51 @@ def _find_nul(value: Any, path: str) -> str | None:
 
 
 def encode_json(value: Any, what: str, max_bytes: int = MAX_PARAMS_BYTES) -> str:
-    """Encode value as JSON text for PostgreSQL, refusing what jsonb cannot hold."""
+    """Encode value as JSON text for PostgreSQL, refusing what jsonb cannot hold.
+
+    The size counted is that of the text PostgreSQL writes out for the value (UTF-8,
+    a space after each comma and colon), which is what the database limits.
+    """
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except ValueError as exc:
+        reason = str(exc).split(";")[0]
         raise InvalidInput(
-            f"invalid {what}: NaN and Infinity are not JSON ({exc})"
+            f"invalid {what}: {reason} (NaN, Infinity and out-of-range numbers are not "
+            "JSON)"
         ) from None
     except TypeError as exc:
         raise InvalidInput(f"invalid {what}: not JSON-serialisable ({exc})") from None
+    except RecursionError:
+        raise InvalidInput(f"invalid {what}: nested too deeply") from None
     if ESCAPED_NUL.search(text):
         raise InvalidInput(
             f"invalid {what}: NUL character (\\u0000) at {_find_nul(value, what)}; "
             "PostgreSQL cannot store it in JSON"
         )
-    # json.dumps escapes every non-ASCII character, so characters are bytes here.
-    if len(text) > max_bytes:
-        raise InvalidInput(
-            f"invalid {what}: {len(text)} bytes is over the limit of {max_bytes} bytes"
-        )
+    if "\\ud" in text or len(text) * 2 > max_bytes:
+        _check_as_postgresql_writes_it(value, what, max_bytes)
     return text
+
+
+def _check_as_postgresql_writes_it(value: Any, what: str, max_bytes: int) -> None:
+    """Refuse lone surrogates, and measure the size the database will measure.
+
+    Only called when the compact text hints at either: PostgreSQL's form is at most
+    twice as long as the compact one.
+    """
+    try:
+        written = json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"invalid {what}: a text holds a lone surrogate (half of a UTF-16 pair), "
+            "which is not valid Unicode"
+        ) from None
+    if len(written) > max_bytes:
+        raise InvalidInput(
+            f"invalid {what}: {len(written)} bytes is over the limit of {max_bytes} "
+            "bytes"
+        )
 
 
 def check_params(params: Any) -> str:
@@ -122,6 +149,20 @@ def check_integer(field: str, value: Any, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidInput(f"invalid {field}: expected an integer, got {value!r}")
     check_number(field, value, low, high)
+
+
+def check_depends_on(depends_on: Any) -> list[int]:
+    """Task ids as a list of integers, or InvalidInput: never coerced."""
+    if isinstance(depends_on, (str, bytes)) or not isinstance(depends_on, (list, tuple)):
+        raise InvalidInput(
+            f"invalid depends_on: expected a list of task ids, got {depends_on!r}"
+        )
+    for task_id in depends_on:
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or not (
+            1 <= task_id <= MAX_TASK_ID
+        ):
+            raise InvalidInput(f"invalid depends_on: {task_id!r} is not a task id")
+    return list(depends_on)
 
 
 def check_idempotency_key(key: Any) -> None:

@@ -192,8 +192,8 @@ class Worker:
             settings.instance or "-", settings.concurrency, settings.lease_s,
             settings.poll_interval_s, ",".join(self.task_names))
         for name, problem in sorted(self.registry.problems.items()):
-            log.warning("handler not loaded, tasks of this name are not claimed "
-                        "queue=%s task=%s: %s", settings.queue, name, problem)
+            log.warning("handler not loaded (%s), tasks of this name are not "
+                        "claimed queue=%s task=%s", problem, settings.queue, name)
 
         conn = connect_with_retry(
             settings.dsn, application_name=self.application_name,
@@ -227,7 +227,7 @@ class Worker:
         self.db.register_worker(
             self.worker_id, hostname=socket.gethostname(), pid=os.getpid(),
             instance=self.settings.instance, concurrency=self.settings.concurrency,
-            task_names=self.task_names,
+            task_names=self.task_names, lease_s=self.settings.lease_s,
         )
 
     def _done(self) -> bool:
@@ -282,16 +282,16 @@ class Worker:
             self._flush()
         except DatabaseUnavailable as exc:
             log.error(
-                "could not record %d outcomes before exit; their tasks return to the "
-                "queue when their leases expire queue=%s: %s", len(self.unwritten),
-                self.settings.queue, exc)
+                "could not record %d outcomes before exit (%s); their tasks return "
+                "to the queue when their leases expire queue=%s", len(self.unwritten),
+                exc, self.settings.queue)
 
     def _close(self) -> None:
         if self.db is not None:
             try:
                 self.db.deregister_worker(self.worker_id)
             except DatabaseUnavailable as exc:
-                log.warning("could not deregister worker=%s: %s", self.worker_id, exc)
+                log.warning("could not deregister (%s) worker=%s", exc, self.worker_id)
             self.db.close()
             self.db = None
         self.listener.close()
@@ -462,6 +462,11 @@ class Worker:
         timeout = task.timeout_s or policy.timeout_s
         run = Run(task, context, policy.mode, policy.kill_grace_s, now,
                   now + timeout if timeout else None)
+        if task.problem is not None:
+            log.error("task not run: %s %s", task.problem, context.fields)
+            self.unwritten.append(Unwritten(run, FAIL, failed(
+                "UnreadableTask", task.problem, retryable=False), 0.0))
+            return
         self.running[task.run_id] = run
         log.info("task started %s", context.fields)
         self.slots.submit(run)
@@ -632,9 +637,9 @@ class Worker:
     def _lose_database(self, exc: DatabaseUnavailable) -> None:
         delay = self.db_schedule.failed()
         level = logging.WARNING if self.db_schedule.worth_reporting() else logging.DEBUG
-        log.log(level, "database unreachable, %d tasks keep running and %d outcomes "
-                "wait; reconnecting in %.1fs queue=%s: %s", len(self.running),
-                len(self.unwritten), delay, self.settings.queue, exc)
+        log.log(level, "database unreachable (%s), %d tasks keep running and %d "
+                "outcomes wait; reconnecting in %.1fs queue=%s", exc,
+                len(self.running), len(self.unwritten), delay, self.settings.queue)
         if self.db is not None:
             try:
                 self.db.close()

@@ -25,7 +25,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from absurd import config, embedded, journal, registry, schema
+from absurd import config, embedded, journal, registry, schema, validation
 from absurd.client import TASK_STATES, Client, TaskSpec
 from absurd.database import connect, redact, resolve_dsn
 from absurd.registry import TaskPolicy
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     spawn.add_argument("--max-attempts", type=int, help="attempts before failing")
     spawn.add_argument("--timeout", type=float, help="seconds per attempt")
     spawn.add_argument("--idempotency-key", help="spawn once per key and queue")
-    spawn.add_argument("--depends-on", type=int, nargs="+", default=[],
+    spawn.add_argument("--depends-on", type=task_id, nargs="+", default=[],
                        metavar="TASK_ID", help="run after these tasks complete")
     spawn.add_argument(
         "--file", type=Path,
@@ -111,14 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print JSON")
 
     show = commands.add_parser("show", help="one task with every run")
-    show.add_argument("task_id", type=int)
+    show.add_argument("task_id", type=task_id)
     show.add_argument("--json", action="store_true", help="print JSON")
 
     cancel = commands.add_parser("cancel", help="cancel a task (running: stopped)")
-    cancel.add_argument("task_id", type=int)
+    cancel.add_argument("task_id", type=task_id)
 
     retry = commands.add_parser("retry", help="retry a failed or cancelled task")
-    retry.add_argument("task_id", type=int)
+    retry.add_argument("task_id", type=task_id)
 
     stats = commands.add_parser("stats", help="counts by state and queue ages")
     stats.add_argument("--json", action="store_true", help="print JSON")
@@ -134,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def task_id(text: str) -> int:
+    """argparse type: a task id, a whole number from 1 to 2^63-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id") from None
+    if not 1 <= value <= validation.MAX_TASK_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id")
+    return value
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str, sort_keys=True))
 
@@ -141,8 +152,8 @@ def print_json(value: Any) -> None:
 def parse_params(text: str) -> dict[str, Any]:
     try:
         params = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"invalid --params: not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"invalid --params: not JSON we can read ({exc})") from None
     if not isinstance(params, dict):
         raise InvalidInput(
             f"invalid --params: expected a JSON object, got {type(params).__name__}"
@@ -158,15 +169,19 @@ def read_task_file(path: Path, defaults: dict[str, TaskPolicy]) -> list[TaskSpec
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not UTF-8 text") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{path}:{number}: not JSON ({exc})") from None
-        if not isinstance(item, dict) or "task_name" not in item:
-            raise InvalidInput(f"{path}:{number}: expected an object with a task_name")
+        except (ValueError, RecursionError) as exc:
+            raise InvalidInput(f"{path}:{number}: not JSON we can read ({exc})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("task_name"), str):
+            raise InvalidInput(
+                f"{path}:{number}: expected an object with a task_name text"
+            )
         unknown = set(item) - known
         if unknown:
             raise InvalidInput(
@@ -197,12 +212,10 @@ def check_registered(specs: list[TaskSpec], policies: dict[str, TaskPolicy]) -> 
 
 
 def command_spawn(client: Client, args: argparse.Namespace) -> int:
-    if args.file and args.task_name:
-        raise InvalidInput("give either a task name or --file, not both")
     policies = registry.load_policies(args.tasks_config)
     if args.file:
         specs = read_task_file(args.file, policies)
-    elif args.task_name:
+    else:
         policy = policies.get(args.task_name)
         options: dict[str, Any] = policy.spawn_options() if policy else {}
         if args.max_attempts is not None:
@@ -217,8 +230,6 @@ def command_spawn(client: Client, args: argparse.Namespace) -> int:
             )
         ]
         specs[0].encoded()
-    else:
-        raise InvalidInput("give a task name, or --file with JSON lines")
     if not args.unregistered:
         check_registered(specs, policies)
 
@@ -256,7 +267,7 @@ def command_show(client: Client, args: argparse.Namespace) -> int:
     print()
     if runs:
         for run in runs:
-            run["error"] = (run["error"] or {}).get("message", "")[:60]
+            run["error"] = (run["error"] or {}).get("message", "")
         print(tabulate(runs, headers="keys"))
     else:
         print("no runs yet")
@@ -333,6 +344,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "spawn" and bool(args.file) == bool(args.task_name):
+        parser.error("spawn takes a task name or --file, one of the two")
     # Logs go to stderr so that stdout carries only the command's output.
     journal.setup(args.log_level, sys.stderr)
     try:

@@ -82,9 +82,10 @@ def check_settings(args) -> None:
     if args.instance is not None and not INSTANCE_NAME.fullmatch(args.instance):
         raise ConfigError(f"invalid instance {args.instance!r}: use 1-64 letters, "
                           "digits, '.', '_', ':' or '-'")
-    if args.lease < 1:
-        raise ConfigError(f"lease = {args.lease:g}s is too short to renew reliably; "
-                          "use at least 1")
+    if not 1 <= args.lease <= validation.MAX_LEASE_S:
+        raise ConfigError(f"lease = {args.lease:g}s is outside 1 to "
+                          f"{validation.MAX_LEASE_S:g}: shorter cannot be renewed "
+                          "reliably, longer hides a dead worker's tasks for too long")
     if args.concurrency > 10_000:
         raise ConfigError(f"concurrency = {args.concurrency} is over 10000")
 
@@ -126,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         Worker(settings, tasks).run()
     except DatabaseUnavailable as exc:
-        log.error("giving up on the database dsn=%s: %s", redact(dsn), exc)
+        log.error("giving up on the database (%s) dsn=%s", exc, redact(dsn))
         return EXIT_DATABASE
     except (SchemaMismatch, ConfigError) as exc:
         log.error("%s", exc)

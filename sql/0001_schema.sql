@@ -38,7 +38,9 @@ INSERT INTO absurd.limits (name, value, why) VALUES
     ('max_backoff_s', 604800, 'a week between attempts at the most'),
     ('max_priority', 1000, 'priorities are small integers, highest first'),
     ('max_lease_s', 86400, 'a lease is renewed by heartbeats; a day is plenty'),
-    ('max_batch', 100000, 'one round trip; larger batches hold locks too long');
+    ('max_batch', 100000, 'one round trip; larger batches hold locks too long'),
+    ('max_json_depth', 100,
+     'deeper nesting is a mistake, and more than many JSON decoders accept');
 
 CREATE TABLE absurd.workers (
     worker_id uuid PRIMARY KEY,
@@ -48,6 +50,7 @@ CREATE TABLE absurd.workers (
     instance text,
     concurrency integer NOT NULL,
     task_names text[] NOT NULL,
+    lease_s double precision NOT NULL DEFAULT 30,
     started_at timestamptz NOT NULL DEFAULT now(),
     last_seen_at timestamptz NOT NULL DEFAULT now(),
     stopped_at timestamptz
@@ -222,6 +225,8 @@ DECLARE
     v_max_delay double precision := absurd.limit_of('max_delay_s');
     v_max_backoff double precision := absurd.limit_of('max_backoff_s');
     v_max_params double precision := absurd.limit_of('max_params_bytes');
+    v_depth_path jsonpath := format('strict $.**{%s}',
+                                    absurd.limit_of('max_json_depth')::integer + 1);
 BEGIN
     PERFORM absurd.check_queue_name(p_queue);
     IF p_tasks IS NULL OR jsonb_typeof(p_tasks) <> 'array' THEN
@@ -236,6 +241,16 @@ BEGIN
                WHERE jsonb_typeof(e) <> 'object') THEN
         PERFORM absurd.invalid('invalid batch: every element must be a JSON object');
     END IF;
+
+    -- Lock the dependencies against a concurrent change of state until this spawn
+    -- commits: a dependency that ends meanwhile then settles the new tasks too.
+    PERFORM 1 FROM absurd.tasks d
+    WHERE d.task_id IN (
+        SELECT jsonb_array_elements_text(e -> 'depends_on')::bigint
+        FROM jsonb_array_elements(p_tasks) e
+        WHERE jsonb_typeof(e -> 'depends_on') = 'array')
+    ORDER BY d.task_id
+    FOR SHARE;
 
     RETURN QUERY
     WITH input AS MATERIALIZED (
@@ -272,6 +287,9 @@ BEGIN
                  AND octet_length(i.params::text) > v_max_params
                 THEN format('invalid params: %s bytes is over the limit of %s bytes',
                             octet_length(i.params::text), v_max_params)
+            WHEN jsonb_path_exists(i.params, v_depth_path)
+                THEN format('invalid params: nested more than %s levels deep',
+                            absurd.limit_of('max_json_depth'))
             WHEN i.priority NOT BETWEEN -v_max_priority AND v_max_priority
                 THEN format('invalid priority: %s is outside the range %s to %s',
                             i.priority, -v_max_priority, v_max_priority)
@@ -301,6 +319,12 @@ BEGIN
                         SELECT 1 FROM absurd.tasks t WHERE t.task_id = d.dep))
                 THEN format('invalid depends_on: one of the tasks %s does not exist',
                             i.depends_on)
+            WHEN cardinality(i.depends_on) > 0 AND EXISTS (
+                    SELECT 1 FROM absurd.tasks d
+                    WHERE d.task_id = ANY (i.depends_on)
+                      AND d.state IN ('failed', 'cancelled'))
+                THEN format('invalid depends_on: one of the tasks %s already ended '
+                            'failed or cancelled; retry it first', i.depends_on)
             END AS problem
         FROM input i
     ),
@@ -377,9 +401,11 @@ $$;
 -- Workers
 -- ---------------------------------------------------------------------------------
 
+-- A worker counts as live while it has been seen within its lease: it heartbeats
+-- every lease/3 whether or not it runs tasks.
 CREATE FUNCTION absurd.register_worker(
     p_worker_id uuid, p_queue text, p_hostname text, p_pid integer, p_instance text,
-    p_concurrency integer, p_task_names text[]
+    p_concurrency integer, p_task_names text[], p_lease_s double precision DEFAULT 30
 ) RETURNS void
 LANGUAGE plpgsql
 SET search_path = absurd, pg_catalog
@@ -387,10 +413,11 @@ AS $$
 BEGIN
     PERFORM absurd.check_queue_name(p_queue);
     PERFORM absurd.check_range('concurrency', p_concurrency, 1, 10000);
+    PERFORM absurd.check_range('lease_s', p_lease_s, 0.1, absurd.limit_of('max_lease_s'));
     INSERT INTO absurd.workers (worker_id, queue, hostname, pid, instance, concurrency,
-                                task_names)
+                                task_names, lease_s)
     VALUES (p_worker_id, p_queue, p_hostname, p_pid, p_instance, p_concurrency,
-            p_task_names)
+            p_task_names, p_lease_s)
     ON CONFLICT (worker_id) DO UPDATE
         SET last_seen_at = now(), stopped_at = NULL;
 END
@@ -936,6 +963,15 @@ BEGIN
             'task %s is %s: only failed or cancelled tasks can be retried',
             p_task_id, v_task.state));
     END IF;
+    PERFORM 1 FROM absurd.tasks d WHERE d.task_id = ANY (v_task.depends_on)
+    ORDER BY d.task_id FOR SHARE;
+    IF EXISTS (SELECT 1 FROM absurd.tasks d
+               WHERE d.task_id = ANY (v_task.depends_on)
+                 AND d.state IN ('failed', 'cancelled')) THEN
+        PERFORM absurd.invalid(format(
+            'task %s depends on a task that ended failed or cancelled (one of %s); '
+            'retry that first', p_task_id, v_task.depends_on));
+    END IF;
     IF EXISTS (SELECT 1 FROM absurd.runs
                WHERE task_id = p_task_id AND state = 'running') THEN
         PERFORM absurd.invalid(format(
@@ -998,7 +1034,7 @@ AS $$
            AND t.finished_at IS NOT NULL),
         (SELECT count(*) FROM absurd.workers w
          WHERE w.queue = p_queue AND w.stopped_at IS NULL
-           AND w.last_seen_at > now() - interval '2 minutes')
+           AND w.last_seen_at > now() - make_interval(secs => w.lease_s))
 $$;
 
 -- Seconds until the earliest pending task of the queue is due (0 when one is due

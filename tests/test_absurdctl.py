@@ -78,7 +78,14 @@ def test_bad_line_in_a_file_writes_nothing(dsn, tmp_path):
         (["--queue", "Bad Queue", "stats"], 4, "queue name"),
         (["show", "999999"], 5, "does not exist"),
         (["cancel", "999999"], 5, "does not exist"),
-        (["spawn"], 4, "task name"),
+        (["spawn"], 2, "a task name or --file"),
+        (["spawn", "imaging", "--file", "x.jsonl"], 2, "a task name or --file"),
+        (["spawn", "t", "--params", '{"x": ' + "9" * 5000 + "}"], 4, "--params"),
+        (["spawn", "t", "--params", "[" * 5000 + "]" * 5000], 4, "--params"),
+        (["spawn", "t", "--params", '{"x": 1e400}'], 4, "out-of-range"),
+        (["spawn", "t", "--params", '{"x": "\\ud800"}'], 4, "lone surrogate"),
+        (["spawn", "t", "--depends-on", "x"], 2, "not a task id"),
+        (["cancel", "99999999999999999999"], 2, "not a task id"),
         (["frobnicate"], 2, "invalid choice"),
     ],
 )
@@ -89,6 +96,36 @@ def test_bad_input_gets_a_clear_error_and_a_named_exit_code(dsn, args, code, mes
     assert message in result.stderr
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM absurd.tasks").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"task_name": ["imaging"]}', "task_name text"),
+        ('{"task_name": "imaging", "depends_on": "12"}', "list of task ids"),
+        ('{"task_name": "imaging", "depends_on": [1.9]}', "not a task id"),
+        ('{"task_name": "imaging", "depends_on": ["a"]}', "not a task id"),
+        ('{"task_name": "imaging", "params": ' + "[" * 3000 + "]" * 3000 + "}",
+         "not JSON we can read"),
+    ],
+)
+def test_bad_json_lines_are_refused_with_their_line(dsn, tmp_path, line, message):
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_text(line + "\n")
+
+    result = ctl(dsn, "spawn", "--file", str(batch))
+
+    assert result.returncode == 4, result.stderr
+    assert ":1:" in result.stderr and message in result.stderr
+
+
+def test_a_file_that_is_not_utf8_is_refused(dsn, tmp_path):
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_bytes(b"\xff\xfe{}\n")
+
+    result = ctl(dsn, "spawn", "--file", str(batch))
+
+    assert result.returncode == 4 and "not UTF-8" in result.stderr
 
 
 def test_list_and_stats_tables(dsn):

@@ -90,3 +90,17 @@ def test_configured_dsn_never_falls_back_to_embedded(tmp_path):
 
     assert dsn == f"host=127.0.0.1 port={port}"
     assert not (tmp_path / "pgdata").exists()
+
+
+def test_unparseable_dsn_error_repeats_no_part_of_it():
+    with pytest.raises(ConfigError) as raised:
+        database.check_dsn("host=db1 password=s3cret tail")
+    assert "s3cret" not in str(raised.value) and "tail" not in str(raised.value)
+
+
+def test_refused_connection_keeps_every_line_of_the_reason():
+    port = free_port()
+    with pytest.raises(DatabaseUnavailable) as raised:
+        database.connect(f"host=127.0.0.1 port={port}")
+    assert "refused" in str(raised.value).lower()
+    assert "\t" not in str(raised.value)

@@ -437,3 +437,42 @@ def test_every_claimable_transition_notifies_the_queue(client, dsn):
         payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=3)]
 
     assert payloads == ["spawn", "retry", "release"]
+
+
+def test_spawn_on_a_failed_dependency_is_refused(client, dsn):
+    failed = client.spawn("a", max_attempts=1)
+    client.fail(claim_one(client).run_id, {"message": "x"})
+
+    with pytest.raises(InvalidInput, match="already ended failed or cancelled"):
+        client.spawn("b", depends_on=[failed.task_id])
+
+    assert len(client.list_tasks()) == 1
+
+
+def test_retry_of_a_dependent_waits_for_its_dependency_to_be_retried(client):
+    first = client.spawn("a", max_attempts=1)
+    second = client.spawn("b", depends_on=[first.task_id])
+    client.fail(claim_one(client).run_id, {"message": "x"})
+    assert task_row(client, second.task_id)["state"] == "failed"
+
+    with pytest.raises(InvalidInput, match="retry that first"):
+        client.retry(second.task_id)
+    client.retry(first.task_id)
+    assert client.retry(second.task_id) == "failed"
+
+    assert task_row(client, second.task_id)["state"] == "waiting"
+    client.complete(claim_one(client).run_id, "ok")
+    assert task_row(client, second.task_id)["state"] == "pending"
+
+
+def test_a_worker_is_live_while_seen_within_its_lease(client):
+    worker_id = uuid.uuid4()
+    client.register_worker(worker_id, hostname="h", pid=1, instance=None,
+                           concurrency=1, task_names=["t"], lease_s=0.5)
+    assert client.stats().live_workers == 1
+
+    time.sleep(0.7)
+
+    assert client.stats().live_workers == 0
+    client.heartbeat(worker_id, [], 0.5)
+    assert client.stats().live_workers == 1

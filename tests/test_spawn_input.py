@@ -156,3 +156,20 @@ def test_batch_of_ten_thousand_in_one_call(client):
     assert client.stats().pending == 10_000
     first, last = client.show(spawned[0].task_id), client.show(spawned[-1].task_id)
     assert (first["params"], last["params"]) == ({"n": 0}, {"n": 9999})
+
+
+def nested(levels: int) -> dict:
+    """An object whose innermost value sits that many levels below the top."""
+    value: dict = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def test_params_nested_past_the_depth_limit_are_refused(client, dsn):
+    client.spawn("ok", nested(100))
+
+    with pytest.raises(InvalidInput, match="nested more than 100 levels"):
+        client.spawn("deep", nested(101))
+
+    assert task_count(dsn) == 1

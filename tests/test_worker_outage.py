@@ -3,6 +3,7 @@ tells systemd, and writes their outcomes once the database is back."""
 
 from __future__ import annotations
 
+import re
 import signal
 
 import psycopg
@@ -74,5 +75,5 @@ def test_an_outage_keeps_the_worker_up_and_loses_no_outcome(
         after = client.spawn("noop").task_id
         assert finished(client, after, timeout=10)["state"] == "completed"
     log = worker.log()
-    assert "database unreachable, 1 tasks keep running" in log
+    assert re.search(r"database unreachable \(.*\), 1 tasks keep running", log)
     assert "database reachable again, writing 1 outcomes" in log

@@ -125,10 +125,11 @@ def test_task_names_without_a_loaded_handler_are_never_claimed(client, start_wor
     assert {client.show(t)["state"] for t in (unloadable, no_tool, unknown)} == {
         "pending"}
     log = worker.log()
-    assert re.search(r"handler not loaded, tasks of this name are not claimed "
-                     r"queue=test-queue task=unloadable: cannot load "
-                     r"no_such_module:handler", log)
-    assert "task=missing-tool: program /nonexistent/tool is missing" in log
+    assert re.search(r"handler not loaded \(cannot load no_such_module:handler.*\), "
+                     r"tasks of this name are not claimed queue=test-queue "
+                     r"task=unloadable\n", log)
+    assert re.search(r"handler not loaded \(program /nonexistent/tool is missing.*"
+                     r"task=missing-tool\n", log)
 
 
 def test_worker_registers_and_deregisters_one_identity_per_process(
@@ -159,3 +160,22 @@ def test_under_journald_each_line_carries_its_priority(client, start_worker):
                      rf"task_id={task_id}", log, re.M)
     assert re.search(r"^<3>absurd.worker: task ended .* outcome=failed", log, re.M)
     assert all(line.startswith("<") for line in log.splitlines() if line)
+
+
+def test_a_task_python_cannot_decode_fails_alone_and_the_worker_goes_on(
+        client, dsn, start_worker):
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        poison = conn.execute(
+            "SELECT task_id FROM absurd.spawn('test-queue', 'echo', "
+            "jsonb_build_object('n', ('1' || repeat('0', 5000))::numeric))"
+        ).fetchone()[0]
+    healthy = [client.spawn("echo", {"n": n}).task_id for n in range(3)]
+    worker = start_worker()
+
+    assert finished(client, poison)["error"]["type"] == "UnreadableTask"
+    assert finished(client, poison)["attempts"] == 1
+    for task_id in healthy:
+        assert finished(client, task_id)["state"] == "completed"
+    assert worker.process.poll() is None

@@ -43,11 +43,15 @@ def test_settings_come_from_file_then_environment_then_flags(
 def test_configuration_errors_exit_2(start_worker, tmp_path, dsn, empty_dsn):
     nothing_loads = tmp_path / "nothing.conf"
     nothing_loads.write_text("[a]\nhandler = no_such_module:f\n")
+    not_text = tmp_path / "binary.conf"
+    not_text.write_bytes(b"\xff\xfe[a]\n")
     cases = {
         ("--tasks-config", str(tmp_path / "missing.conf")): "cannot read the tasks",
         ("--tasks-config", str(nothing_loads)): "no handler of the tasks config",
+        ("--tasks-config", str(not_text)): "is not UTF-8 text",
         ("--queue", "Bad Queue"): "invalid queue name",
-        ("--lease", "0.5"): "too short to renew",
+        ("--lease", "0.5"): "shorter cannot be renewed reliably",
+        ("--lease", "100000"): "longer hides a dead worker's tasks",
         ("--concurrency", "0"): "must be at least 1",
     }
     for args, complaint in cases.items():

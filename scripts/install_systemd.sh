@@ -27,7 +27,7 @@ readonly TMPFILES_DIR=/usr/local/lib/tmpfiles.d
 readonly CONFIG_DIR=/etc/absurd
 readonly MANIFEST=$PREFIX/installed-files
 # A drop-in for every absurd-*.service (systemd reads "absurd-.service.d" for them).
-readonly HOME_DROPIN=$UNIT_DIR/absurd-.service.d/10-python-in-home.conf
+readonly PYTHON_DROPIN=$UNIT_DIR/absurd-.service.d/10-python-location.conf
 REPO=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 readonly REPO
 
@@ -108,32 +108,37 @@ install_units() {
     record "$SYSUSERS_DIR/absurd.conf" "$TMPFILES_DIR/absurd.conf"
 }
 
-# ProtectHome= hides /home and /root from the services. When the interpreter, the
-# environment or the package source lives there (pyenv, a checkout in a home),
+# ProtectHome= hides /home and /root from the services, and PrivateTmp= gives them a
+# /tmp and /var/tmp of their own. When the interpreter, the environment or the
+# package source lives in one of those (pyenv, a checkout in a home or under /tmp),
 # show just those folders to the services, read-only.
-expose_python_in_home() {
-    local paths
+expose_hidden_python() {
+    local paths homes=""
     paths=$("$PREFIX/venv/bin/python" - <<'EOF'
 import os, sys, absurd
-homes = ("/home/", "/root/", "/run/user/")
+hidden = ("/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/")
 found = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
 found.add(os.path.dirname(os.path.dirname(os.path.realpath(absurd.__file__))))
-print(" ".join(sorted(p for p in found if p.startswith(homes))))
+print(" ".join(sorted(p for p in found if p.startswith(hidden))))
 EOF
     )
-    rm -f "$HOME_DROPIN"
+    rm -f "$PYTHON_DROPIN"
     [ -n "$paths" ] || return 0
-    install -d -m 0755 "$(dirname "$HOME_DROPIN")"
-    cat >"$HOME_DROPIN" <<EOF
-# Written by install_systemd.sh: the Python environment lives under a home folder,
-# which ProtectHome=yes would hide. An empty tmpfs over the homes instead, with
-# only these folders shown, read-only.
-[Service]
-ProtectHome=tmpfs
-BindReadOnlyPaths=$paths
-EOF
-    record "$HOME_DROPIN" "$(dirname "$HOME_DROPIN")"
-    echo "Python lives under a home folder: services see $paths (drop-in $HOME_DROPIN)"
+    case " $paths" in *" /home/"* | *" /root/"* | *" /run/user/"*) homes=yes ;; esac
+    install -d -m 0755 "$(dirname "$PYTHON_DROPIN")"
+    {
+        echo "# Written by install_systemd.sh: the Python environment lives where the"
+        echo "# units' sandboxing would hide it (a home or a temporary folder); only"
+        echo "# these folders are shown, read-only."
+        echo "[Service]"
+        # Over the homes, an empty tmpfs rather than nothing, so that the bind mounts
+        # below have somewhere to land; private /tmp and /var/tmp already are one.
+        [ -z "$homes" ] || echo "ProtectHome=tmpfs"
+        echo "BindReadOnlyPaths=$paths"
+    } >"$PYTHON_DROPIN"
+    record "$PYTHON_DROPIN" "$(dirname "$PYTHON_DROPIN")"
+    echo "Python lives in a folder the units hide: services see $paths" \
+        "(drop-in $PYTHON_DROPIN)"
 }
 
 install_config() {
@@ -195,7 +200,7 @@ main() {
 
     systemd-sysusers "$SYSUSERS_DIR/absurd.conf"
     systemd-tmpfiles --create "$TMPFILES_DIR/absurd.conf"
-    expose_python_in_home
+    expose_hidden_python
     install_config
 
     record "$PREFIX/scripts" "$MANIFEST" "$PREFIX"

@@ -72,9 +72,9 @@ def test_sigterm_with_five_tasks_in_hand_loses_none(client, start_worker, tmp_pa
     assert "stopping: no more claims, draining 5 tasks for up to 3s" in log
     assert log.count("outcome=released") == 3
 
-    start_worker("--concurrency", "5")
     client.conn.execute("UPDATE absurd.tasks SET params = params || "
                         "'{\"seconds\": 0.1}'")
+    start_worker("--concurrency", "5")
     for task_id in slow:
         task = finished(client, task_id)
         assert task["state"] == "completed" and task["attempts"] == 1

@@ -86,10 +86,12 @@ CREATE TABLE absurd.tasks (
 );
 
 -- The claim path: pending tasks of a queue, highest priority first, oldest due first.
-CREATE INDEX tasks_claim_idx ON absurd.tasks (queue, priority DESC, available_at, task_id)
+CREATE INDEX tasks_claim_idx
+    ON absurd.tasks (queue, priority DESC, available_at, task_id)
     WHERE state = 'pending';
 -- Oldest pending age and the next wake-up, without walking the claim order.
-CREATE INDEX tasks_due_idx ON absurd.tasks (queue, available_at) WHERE state = 'pending';
+CREATE INDEX tasks_due_idx ON absurd.tasks (queue, available_at)
+    WHERE state = 'pending';
 CREATE INDEX tasks_running_idx ON absurd.tasks (queue) WHERE state = 'running';
 CREATE INDEX tasks_waiting_queue_idx ON absurd.tasks (queue) WHERE state = 'waiting';
 -- The dependents of a task that just ended.
@@ -117,6 +119,14 @@ CREATE TABLE absurd.runs (
 );
 
 CREATE INDEX runs_task_idx ON absurd.runs (task_id);
+
+-- Queue tables churn: every task is inserted, updated three times and later
+-- archived. Vacuum and analyze them after 2% of their rows changed rather than 20%,
+-- so that dead index entries and stale statistics do not pile up between runs.
+ALTER TABLE absurd.tasks SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE absurd.runs SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 CREATE INDEX runs_lease_idx ON absurd.runs (lease_expires_at) WHERE state = 'running';
 
 -- Terminal-state counters, so that statistics stay fast over millions of finished
@@ -275,7 +285,8 @@ BEGIN
     ),
     problems AS (
         SELECT i.ord, CASE
-            WHEN i.task_name IS NULL OR i.task_name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'
+            WHEN i.task_name IS NULL
+                 OR i.task_name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'
                 THEN format('invalid task name %L: use 1-128 characters of letters, '
                             'digits, ".", "_", ":" or "-"', i.task_name)
             WHEN jsonb_typeof(i.params) <> 'object'
@@ -413,7 +424,8 @@ AS $$
 BEGIN
     PERFORM absurd.check_queue_name(p_queue);
     PERFORM absurd.check_range('concurrency', p_concurrency, 1, 10000);
-    PERFORM absurd.check_range('lease_s', p_lease_s, 0.1, absurd.limit_of('max_lease_s'));
+    PERFORM absurd.check_range('lease_s', p_lease_s, 0.1,
+                               absurd.limit_of('max_lease_s'));
     INSERT INTO absurd.workers (worker_id, queue, hostname, pid, instance, concurrency,
                                 task_names, lease_s)
     VALUES (p_worker_id, p_queue, p_hostname, p_pid, p_instance, p_concurrency,
@@ -456,13 +468,17 @@ SET search_path = absurd, pg_catalog
 -- never by a scan: a table last analyzed empty got a nested loop over all its rows,
 -- 218 ms per claim of 128 over 10,000 tasks. The outcome functions below do the
 -- same: every UPDATE also names its rows as "key = ANY (ARRAY(...))", an index
--- condition the planner cannot pass over.
+-- condition the planner cannot pass over, and they test a run's state as
+-- "coalesce(r.state, '') = 'running'" (state is never null), which keeps the planner
+-- from reaching runs through runs_lease_idx: until vacuum, that index also holds
+-- every run that was running lately, 14,000 entries walked per run at one point.
 SET enable_sort = off
 SET enable_seqscan = off
 AS $$
 BEGIN
     PERFORM absurd.check_range('claim limit', p_limit, 1, absurd.limit_of('max_batch'));
-    PERFORM absurd.check_range('lease_s', p_lease_s, 0.1, absurd.limit_of('max_lease_s'));
+    PERFORM absurd.check_range('lease_s', p_lease_s, 0.1,
+                               absurd.limit_of('max_lease_s'));
 
     RETURN QUERY
     WITH picked AS (
@@ -513,7 +529,8 @@ SET search_path = absurd, pg_catalog
 SET enable_seqscan = off
 AS $$
 BEGIN
-    PERFORM absurd.check_range('lease_s', p_lease_s, 0.1, absurd.limit_of('max_lease_s'));
+    PERFORM absurd.check_range('lease_s', p_lease_s, 0.1,
+                               absurd.limit_of('max_lease_s'));
     UPDATE absurd.workers SET last_seen_at = now() WHERE worker_id = p_worker_id;
 
     RETURN QUERY
@@ -522,8 +539,10 @@ BEGIN
         SET lease_expires_at = now() + make_interval(secs => p_lease_s)
         FROM absurd.tasks t
         WHERE r.run_id = ANY (p_run_ids) AND r.worker_id = p_worker_id
-          AND r.state = 'running' AND t.task_id = r.task_id
+          AND coalesce(r.state, '') = 'running' AND t.task_id = r.task_id
           AND t.current_run_id = r.run_id
+          AND t.task_id = ANY (ARRAY(SELECT k.task_id FROM absurd.runs k
+                                     WHERE k.run_id = ANY (p_run_ids)))
         RETURNING r.run_id, t.state AS task_state
     )
     SELECT ids.id,
@@ -543,7 +562,8 @@ AS $$
     WITH updated AS (
         UPDATE absurd.tasks t SET progress = left(p_message, 1000), updated_at = now()
         FROM absurd.runs r
-        WHERE r.run_id = p_run_id AND r.state = 'running' AND t.task_id = r.task_id
+        WHERE r.run_id = p_run_id AND coalesce(r.state, '') = 'running'
+          AND t.task_id = r.task_id
           AND t.current_run_id = r.run_id AND t.state = 'running'
         RETURNING 1
     )
@@ -638,16 +658,20 @@ BEGIN
                CASE WHEN t.state = 'running' THEN 'completed'
                     ELSE 'cancelled' END AS status
         FROM unnest(p_run_ids, p_results) AS i(run_id, result)
-        JOIN absurd.runs r ON r.run_id = i.run_id AND r.state = 'running'
+        JOIN absurd.runs r ON r.run_id = i.run_id AND coalesce(r.state, '') = 'running'
                           AND r.run_id = ANY (p_run_ids)
         JOIN absurd.tasks t ON t.task_id = r.task_id AND t.current_run_id = r.run_id
+                           AND t.task_id = ANY (ARRAY(
+                               SELECT k.task_id FROM absurd.runs k
+                               WHERE k.run_id = ANY (p_run_ids)))
         ORDER BY t.task_id
         FOR UPDATE OF r, t
     ),
     ended_runs AS (
         UPDATE absurd.runs r SET state = g.status, finished_at = now()
         FROM target g
-        WHERE r.run_id = g.run_id AND r.run_id = ANY (ARRAY(SELECT x.run_id FROM target x))
+        WHERE r.run_id = g.run_id
+          AND r.run_id = ANY (ARRAY(SELECT x.run_id FROM target x))
     ),
     completed AS (
         UPDATE absurd.tasks t
@@ -719,9 +743,12 @@ BEGIN
                now() + absurd.backoff_delay(t.attempts, t.backoff_base_s,
                                             t.backoff_max_s) AS retry_at
         FROM unnest(p_run_ids, p_errors, p_retryable) AS i(run_id, error, retryable)
-        JOIN absurd.runs r ON r.run_id = i.run_id AND r.state = 'running'
+        JOIN absurd.runs r ON r.run_id = i.run_id AND coalesce(r.state, '') = 'running'
                           AND r.run_id = ANY (p_run_ids)
         JOIN absurd.tasks t ON t.task_id = r.task_id AND t.current_run_id = r.run_id
+                           AND t.task_id = ANY (ARRAY(
+                               SELECT k.task_id FROM absurd.runs k
+                               WHERE k.run_id = ANY (p_run_ids)))
         ORDER BY t.task_id
         FOR UPDATE OF r, t
     ),
@@ -730,7 +757,8 @@ BEGIN
         SET state = CASE WHEN g.status = 'cancelled' THEN 'cancelled' ELSE 'failed' END,
             finished_at = now(), error = g.error
         FROM target g
-        WHERE r.run_id = g.run_id AND r.run_id = ANY (ARRAY(SELECT x.run_id FROM target x))
+        WHERE r.run_id = g.run_id
+          AND r.run_id = ANY (ARRAY(SELECT x.run_id FROM target x))
     ),
     changed AS (
         UPDATE absurd.tasks t
@@ -762,7 +790,8 @@ BEGIN
         END IF;
     END LOOP;
     PERFORM absurd.settle_dependents(coalesce(
-        (SELECT array_agg(x.task_id) FROM unnest(v_tasks, v_statuses) AS x(task_id, status)
+        (SELECT array_agg(x.task_id)
+         FROM unnest(v_tasks, v_statuses) AS x(task_id, status)
          WHERE x.status = 'failed'), '{}'));
 
     RETURN QUERY
@@ -799,7 +828,10 @@ BEGIN
         SELECT r.run_id, t.task_id, t.queue, t.state AS task_state
         FROM absurd.runs r
         JOIN absurd.tasks t ON t.task_id = r.task_id AND t.current_run_id = r.run_id
-        WHERE r.run_id = ANY (p_run_ids) AND r.state = 'running'
+                           AND t.task_id = ANY (ARRAY(
+                               SELECT k.task_id FROM absurd.runs k
+                               WHERE k.run_id = ANY (p_run_ids)))
+        WHERE r.run_id = ANY (p_run_ids) AND coalesce(r.state, '') = 'running'
         ORDER BY t.task_id
         FOR UPDATE OF r, t
     ),
@@ -809,7 +841,8 @@ BEGIN
                          ELSE 'cancelled' END,
             finished_at = now()
         FROM target g
-        WHERE r.run_id = g.run_id AND r.run_id = ANY (ARRAY(SELECT x.run_id FROM target x))
+        WHERE r.run_id = g.run_id
+          AND r.run_id = ANY (ARRAY(SELECT x.run_id FROM target x))
     ),
     released AS (
         UPDATE absurd.tasks t
@@ -878,7 +911,9 @@ BEGIN
                     ELSE 'retrying' END AS outcome,
                t.expired_in_row + 1 AS in_row, t.attempts, t.backoff_base_s,
                t.backoff_max_s
-        FROM expired e JOIN absurd.tasks t ON t.task_id = e.task_id
+        FROM expired e
+        JOIN absurd.tasks t ON t.task_id = e.task_id
+                           AND t.task_id = ANY (ARRAY(SELECT x.task_id FROM expired x))
         WHERE p_queue IS NULL OR t.queue = p_queue
         FOR UPDATE OF t
     ),
@@ -890,7 +925,8 @@ BEGIN
                 'message', format('lease expired at %s: worker %s stopped renewing it',
                                   g.lease_expires_at, g.worker_id))
         FROM target g
-        WHERE r.run_id = g.run_id AND r.run_id = ANY (ARRAY(SELECT x.run_id FROM target x))
+        WHERE r.run_id = g.run_id
+          AND r.run_id = ANY (ARRAY(SELECT x.run_id FROM target x))
     ),
     changed AS (
         UPDATE absurd.tasks t
@@ -931,7 +967,8 @@ BEGIN
         END IF;
     END LOOP;
     PERFORM absurd.settle_dependents(coalesce(
-        (SELECT array_agg(x.task_id) FROM unnest(v_tasks, v_outcomes) AS x(task_id, outcome)
+        (SELECT array_agg(x.task_id)
+         FROM unnest(v_tasks, v_outcomes) AS x(task_id, outcome)
          WHERE x.outcome IN ('failed', 'quarantined')), '{}'));
 
     RETURN QUERY
@@ -1076,7 +1113,8 @@ RETURNS double precision
 LANGUAGE sql STABLE
 SET search_path = absurd, pg_catalog
 AS $$
-    SELECT greatest(0, extract(epoch FROM min(t.available_at) - now()))::double precision
+    SELECT greatest(0, extract(epoch FROM min(t.available_at) - now()))
+               ::double precision
     FROM absurd.tasks t
     WHERE t.queue = p_queue AND t.state = 'pending'
       AND (p_task_names IS NULL OR t.task_name = ANY (p_task_names))

@@ -26,7 +26,7 @@ from typing import Any
 from tabulate import tabulate
 
 from absurd import config, embedded, journal, registry, schema, validation
-from absurd.client import TASK_STATES, Client, TaskSpec
+from absurd.client import DEFAULT_QUARANTINE_AFTER, TASK_STATES, Client, TaskSpec
 from absurd.database import connect, redact, resolve_dsn
 from absurd.registry import TaskPolicy
 from absurd.errors import (
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         "recover", help="recover expired leases now (workers also do this)"
     )
     recover.add_argument("--all-queues", action="store_true")
-    recover.add_argument("--quarantine-after", type=config.positive_int, default=5)
+    recover.add_argument("--quarantine-after", type=config.positive_int,
+                         default=DEFAULT_QUARANTINE_AFTER)
 
     embedded_cmd = commands.add_parser("embedded", help="the embedded PostgreSQL")
     embedded_cmd.add_argument("action", choices=["start", "stop"])

@@ -38,6 +38,12 @@ def redact(dsn: str) -> str:
     return conninfo.make_conninfo(**params)
 
 
+def describe(exc: BaseException) -> str:
+    """A libpq error on one line: its lines joined, without libpq's tabs."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) or repr(exc)
+
+
 def check_dsn(dsn: str) -> str:
     """Refuse a DSN that libpq cannot parse, naming the problem."""
     try:
@@ -63,10 +69,8 @@ def connect(
             connect_timeout=CONNECT_TIMEOUT_S,
         )
     except psycopg.OperationalError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = " ".join(lines) or repr(exc)
         raise DatabaseUnavailable(
-            f"cannot connect to {redact(dsn)}: {reason}; check that PostgreSQL runs "
+            f"cannot connect to {redact(dsn)}: {describe(exc)}; check that PostgreSQL runs "
             "and that the dsn is right"
         ) from None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from absurd.database import connect
+from absurd.database import connect, describe
 from absurd.errors import DatabaseUnavailable
 from absurd.reconnect import ReconnectSchedule
 
@@ -91,11 +91,10 @@ class Listener:
         return heard
 
     def _lose(self, exc: Exception) -> None:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         delay = self.schedule.failed()
         self.schedule.worth_reporting()
         log.warning("listener lost its connection (%s), reconnecting in %.1fs "
-                    "queue=%s", reason, delay, self.queue)
+                    "queue=%s", describe(exc), delay, self.queue)
         self.close()
 
     def close(self) -> None:

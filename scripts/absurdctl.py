@@ -26,7 +26,13 @@ from typing import Any
 from tabulate import tabulate
 
 from absurd import config, embedded, journal, registry, schema, validation
-from absurd.client import DEFAULT_QUARANTINE_AFTER, TASK_STATES, Client, TaskSpec
+from absurd.client import (
+    DEFAULT_QUARANTINE_AFTER,
+    TASK_STATES,
+    TERMINAL_STATES,
+    Client,
+    TaskSpec,
+)
 from absurd.database import connect, redact, resolve_dsn
 from absurd.registry import TaskPolicy
 from absurd.errors import (
@@ -277,7 +283,7 @@ def command_show(client: Client, args: argparse.Namespace) -> int:
 
 def command_cancel(client: Client, args: argparse.Namespace) -> int:
     before = client.cancel(args.task_id)
-    if before in ("completed", "failed", "cancelled"):
+    if before in TERMINAL_STATES:
         print(f"task {args.task_id} was already {before}; nothing changed")
         return EXIT_NOTHING_CHANGED
     note = " (its worker is told to stop it)" if before == "running" else ""

@@ -38,7 +38,7 @@ import psycopg
 from tabulate import tabulate
 
 from absurd import config, journal, schema
-from absurd.client import Client, TaskSpec
+from absurd.client import TERMINAL_STATES, Client, TaskSpec
 from absurd.database import redact
 from absurd.errors import AbsurdError, ConfigError, DatabaseUnavailable, SchemaMismatch
 
@@ -827,7 +827,7 @@ def wait_task(client: Client, fleet: Fleet, task_id: int,
         row = client.conn.execute(
             "SELECT state, result FROM absurd.tasks WHERE task_id = %s", (task_id,),
         ).fetchone()
-        if row[0] in ("completed", "failed", "cancelled"):
+        if row[0] in TERMINAL_STATES:
             return row[0], row[1]
         time.sleep(0.001)
     fleet.check_alive()
